@@ -1,0 +1,57 @@
+"""``status.json`` in the trigger directory: what the agent holds and why, for other services.
+
+Written by the agent only, atomically (a temp file in the same directory, then ``rename``),
+whenever its content changes, and at least every :data:`HEARTBEAT` so a health check can
+tell a live agent from a stale file. Readers never see a half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from datetime import datetime, timedelta
+from typing import Any
+
+__all__ = ["HEARTBEAT", "iso", "read", "write"]
+
+HEARTBEAT = timedelta(minutes=5)
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601, to the second, with its offset; None stays None."""
+    if value is None:
+        return None
+    return value.replace(microsecond=0).isoformat()
+
+
+def write(directory: str, status: dict[str, Any]) -> None:
+    """Atomically replace ``status.json``. Raises OSError (full disk, missing directory)."""
+    path = os.path.join(directory, "status.json")
+    tmp = os.path.join(directory, f".status.json.{os.getpid()}.tmp")
+    data = (json.dumps(status, indent=2, sort_keys=True) + "\n").encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, data)
+    except OSError:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def read(directory: str) -> dict[str, Any] | None:
+    """The current status, or None when there is none (yet) or it cannot be read."""
+    try:
+        with open(os.path.join(directory, "status.json"), "rb") as handle:
+            value = json.loads(handle.read(1 << 20))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
