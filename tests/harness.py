@@ -7,6 +7,7 @@ own process group and killed at cleanup.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -58,7 +59,8 @@ class Proc:
         self.argv = argv
         self.popen = subprocess.Popen(
             argv, env=dict(env), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=preexec,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=preexec,  # noqa: PLW1509  # only ever a tiny async-signal-safe call
         )
         self.lines: list[str] = []
         self._lock = threading.Lock()
@@ -108,10 +110,8 @@ class Proc:
 
     def kill(self) -> None:
         if self.popen.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.popen.wait(timeout=5)
         self._reader.join(timeout=5)
         if self.popen.stdout is not None:
@@ -125,8 +125,8 @@ class World:
         self.tmp = tmp
         # The lock directory as the Supervisor leaves it: mode 1777, reachable by uid 65534
         # (pytest's own temp tree is private to root), so peers can run as nobody.
-        self.lock_dir = Path(tempfile.mkdtemp(prefix="balena-", dir="/tmp"))  # noqa: S108
-        os.chmod(self.lock_dir, 0o1777)
+        self.lock_dir = Path(tempfile.mkdtemp(prefix="balena-", dir="/tmp"))
+        os.chmod(self.lock_dir, 0o1777)  # noqa: S103  # exactly the Supervisor's mode
         self.trigger = tmp / "update-lock"
         self.trigger.mkdir()
         self.procs: list[Proc] = []

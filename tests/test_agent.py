@@ -292,7 +292,8 @@ def test_windows_open_now_release_and_closed_now_hold(world: World) -> None:
     agent.signal(signal.SIGTERM)
     agent.wait_exit()
 
-    closed = f"{(now + timedelta(hours=2)).strftime('%H:%M')}-{(now + timedelta(hours=3)).strftime('%H:%M')}"
+    later, later_end = now + timedelta(hours=2), now + timedelta(hours=3)
+    closed = f"{later.strftime('%H:%M')}-{later_end.strftime('%H:%M')}"
     agent = world.agent(UPDATE_LOCK_WINDOWS=closed, TZ="UTC")
     line = agent.wait_line(r"^lock\.acquired ")
     assert "reasons=window-closed" in line
@@ -376,7 +377,7 @@ def test_check_config(world: World) -> None:
 
 @needs_root
 def test_refuses_to_run_as_the_supervisors_uid(world: World) -> None:
-    os.chmod(world.tmp, 0o755)
+    os.chmod(world.tmp, 0o755)  # noqa: S103  # let uid 65534 reach the test's files
     proc = Proc(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                  sys.executable, "-m", "update_lock", "run"], world.env(UPDATE_LOCK_ALWAYS="1"))
     world.procs.append(proc)

@@ -70,7 +70,8 @@ def test_a_holder_holds_the_update_back_and_release_applies_it_at_once(
     (world.trigger / "job.lock").unlink()
     agent.wait_line(r"^lock\.released ")
     line = agent.wait_line(r"^update\.apply_on_release ")
-    assert line == "update.apply_on_release request=\"POST /v1/update cancel=true\" when=\"update pending\""
+    assert line == ('update.apply_on_release request="POST /v1/update cancel=true" '
+                    'when="update pending"')
     # Applied now, not after the Supervisor's backoff (up to its 900 s poll interval here).
     assert sim.wait_until(lambda s: not s.update_pending, 10)
     assert updates_posted(sim) == [{"cancel": True}]

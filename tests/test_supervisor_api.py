@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
 from update_lock.errors import ApiError
 from update_lock.logs import Logger
 from update_lock.supervisor_api import (

@@ -316,6 +316,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # Handed over whole: argparse's REMAINDER would not pass their leading --options on.
+    if argv[:1] == ["simulate"]:
+        from update_lock import simulator  # noqa: PLC0415
+
+        return simulator.main(argv[1:])
+    if argv[:1] == ["park"]:
+        from update_lock import park  # noqa: PLC0415
+
+        return park.main(argv[1:])
     args = build_parser().parse_args(argv)
     env = dict(os.environ)
     try:

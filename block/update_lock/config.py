@@ -50,8 +50,9 @@ MAX_DURATION = timedelta(days=3650)
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
-_DURATION_RE = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
-_SECONDS_RE = re.compile(r"\d+(?:\.\d+)?")
+# ASCII digits only: `\d` would also take other scripts' digits, which nobody means here.
+_DURATION_RE = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", re.ASCII)
+_SECONDS_RE = re.compile(r"(\d{1,12}(?:\.\d{1,9})?)s?", re.ASCII)
 
 KNOWN: dict[str, str] = {
     "UPDATE_LOCK_ALWAYS": "false",
@@ -113,13 +114,14 @@ def parse_bool(text: str) -> bool:
 def parse_duration(text: str) -> timedelta:
     """``90s``, ``15m``, ``2h``, ``1d``, ``1h30m`` or plain (possibly fractional) seconds."""
     word = text.strip().lower()
-    if _SECONDS_RE.fullmatch(word):
-        seconds = float(word)
+    plain = _SECONDS_RE.fullmatch(word)
+    if plain:
+        seconds = float(plain[1])
         if seconds > MAX_DURATION.total_seconds():
             raise ValueError(text)
         return timedelta(seconds=seconds)
     match = _DURATION_RE.fullmatch(word)
-    if not word or match is None:
+    if not word or match is None or any(len(g) > 12 for g in match.groups() if g):
         raise ValueError(text)
     days, hours, minutes, seconds_part = (int(g) if g else 0 for g in match.groups())
     total_s = ((days * 24 + hours) * 60 + minutes) * 60 + seconds_part
@@ -133,7 +135,7 @@ def format_duration(value: timedelta) -> str:
     total = value.total_seconds()
     whole = int(total)
     if total != whole:
-        return f"{total:g}s"
+        return f"{round(total, 6):.6f}".rstrip("0") + "s"  # parse_duration reads it back
     parts = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         amount, whole = divmod(whole, size)
@@ -167,7 +169,10 @@ def _abs_path(text: str) -> str:
     path = text.strip()
     if not os.path.isabs(path) or "\x00" in path or path.endswith("/"):
         raise ValueError(text)
-    return os.path.normpath(path)
+    path = os.path.normpath(path)
+    if path in ("/", "//"):
+        raise ValueError(text)  # the root is neither a lock file nor a trigger directory
+    return path
 
 
 def _level(text: str) -> str:
@@ -223,16 +228,24 @@ def load(env: Mapping[str, str]) -> Config:
             PATH_FORM,
             DEFAULT_LOCK_PATH,
         )
+    before = len(problems)
     lock_path = get("UPDATE_LOCK_PATH", _abs_path, PATH_FORM, default_path or DEFAULT_LOCK_PATH)
     trigger_dir = get("UPDATE_LOCK_DIR", _abs_path, PATH_FORM, DEFAULT_TRIGGER_DIR)
-    if os.path.dirname(lock_path) == trigger_dir and "UPDATE_LOCK_DIR" in env:
-        problems.append(
-            ConfigProblem(
-                "UPDATE_LOCK_DIR",
-                env["UPDATE_LOCK_DIR"],
-                "a directory other than the lock file's own (" + os.path.dirname(lock_path) + ")",
-            )
-        )
+    # The lock file inside the trigger directory would read as a holder of itself, and the
+    # trigger directory inside the lock directory is invisible to other services.
+    lock_dir = os.path.dirname(lock_path)
+    if len(problems) == before and (
+        lock_dir == trigger_dir or lock_dir.startswith(trigger_dir + "/")
+        or trigger_dir.startswith(lock_dir + "/")
+    ):
+        if "UPDATE_LOCK_DIR" in env:
+            problems.append(ConfigProblem(
+                "UPDATE_LOCK_DIR", env["UPDATE_LOCK_DIR"],
+                f"a directory apart from the lock file's directory ({lock_dir})"))
+        else:
+            problems.append(ConfigProblem(
+                "UPDATE_LOCK_PATH", env.get("UPDATE_LOCK_PATH", lock_path),
+                f"a path outside the trigger directory UPDATE_LOCK_DIR ({trigger_dir})"))
 
     config = Config(
         always=always,

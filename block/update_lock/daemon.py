@@ -254,10 +254,9 @@ class Agent:
                 continue
             if directory == self.config.trigger_dir and holders.is_own_file(event.name):
                 continue
-            if directory not in (self.config.trigger_dir, self._lock_dir()):
-                # A parent: only the watched directories' own names matter.
-                if os.path.join(directory, event.name) not in self.want_watch:
-                    continue
+            is_parent = directory not in (self.config.trigger_dir, self._lock_dir())
+            if is_parent and os.path.join(directory, event.name) not in self.want_watch:
+                continue  # a parent: only the watched directories' own names matter
             relevant = True
         return relevant
 

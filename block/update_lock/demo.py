@@ -17,7 +17,7 @@ from pathlib import Path
 
 __all__ = ["main"]
 
-DEMO_KEY = "demo-key"  # noqa: S105  # the simulator's key on 127.0.0.1, not a secret
+DEMO_KEY = "demo-key"  # the simulator's key on 127.0.0.1, not a secret
 
 
 def _free_port() -> int:
@@ -50,7 +50,8 @@ logfile_maxbytes=0
 pidfile={root}/supervisord.pid
 
 [program:simulator]
-command={python} -m update_lock simulate --port {port} --api-key {DEMO_KEY} --lock-dir {root}/balena --pending --apply-s 5 --poll-interval-s 30
+command={python} -m update_lock simulate --port {port} --api-key {DEMO_KEY}
+    --lock-dir {root}/balena --pending --apply-s 5 --poll-interval-s 30
 priority=10
 startsecs=1
 stdout_logfile=/dev/stdout
@@ -110,11 +111,12 @@ Try, in another terminal:
   {tool} hold backup --reason "nightly backup"   # a holder: held even inside the window
   {tool} release backup
   {tool} override                # force the update now
-  curl -s -XPOST -H 'Authorization: Bearer {DEMO_KEY}' http://127.0.0.1:{port}/sim/release   # a new release
+  curl -s -XPOST -H 'Authorization: Bearer {DEMO_KEY}' http://127.0.0.1:{port}/sim/release
+                                 # (a new release)
 Lock file: {root / 'balena' / 'updates.lock'}   Ctrl-C stops (and releases).
 """, flush=True)
     supervisord = bin_dir / "supervisord"
-    os.execv(str(supervisord), [str(supervisord), "-c", str(conf_path)])
+    os.execv(str(supervisord), [str(supervisord), "-c", str(conf_path)])  # noqa: S606
 
 
 if __name__ == "__main__":

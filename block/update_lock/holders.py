@@ -23,6 +23,8 @@ import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from update_lock.policy import Holder
+
 __all__ = [
     "ALLOW_FILE",
     "OVERRIDE_FILE",
@@ -60,15 +62,6 @@ def holder_file(name: str) -> str:
 def is_own_file(name: str) -> bool:
     """Files the agent writes itself: never reported, and their events never wake it."""
     return name == STATUS_FILE or name.startswith((".status.json", ".update-lock"))
-
-
-@dataclass(frozen=True)
-class Holder:
-    name: str
-    reason: str
-    mtime: datetime
-    # Some process holds an flock on the holder file: live whatever its age.
-    flocked: bool = False
 
 
 @dataclass(frozen=True)

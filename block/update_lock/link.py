@@ -272,8 +272,8 @@ class Link(AgentHook):
                 self.log.info("override.requesting", by=record.get("by"),
                               request="POST /v1/update force=true cancel=true")
                 self.worker.submit("override")
-        elif self.was_held and not held and agent.override_until is None:
-            if agent.config.apply_on_release and self.worker is not None:
+        elif (self.was_held and not held and agent.override_until is None
+              and agent.config.apply_on_release and self.worker is not None):
                 self.log.info("update.apply_on_release", request="POST /v1/update cancel=true",
                               when="update pending")
                 self.worker.submit("apply-on-release")

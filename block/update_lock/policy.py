@@ -22,10 +22,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from update_lock.config import Config
-from update_lock.holders import Holder
 from update_lock.windows import is_open, next_change
 
-__all__ = ["Decision", "Observation", "decide"]
+__all__ = ["Decision", "Holder", "Observation", "decide"]
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A holder file as observed: its name, reason, heartbeat, and whether it is flocked."""
+
+    name: str
+    reason: str
+    mtime: datetime
+    # Some process holds an flock on the holder file: live whatever its age.
+    flocked: bool = False
 
 
 @dataclass(frozen=True)
