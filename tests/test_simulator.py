@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from update_lock.errors import ApiError
 from update_lock.logs import Logger
 from update_lock.simulator import (

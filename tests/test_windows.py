@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from update_lock import windows as windows_module
 from update_lock.windows import (
     WINDOWS_FORM,
