@@ -127,8 +127,9 @@ def _summary(value: dict[str, Any]) -> str:
         lines.append(f"foreign lock file: {value['foreign_lock'].get('path')}")
     override = value.get("override")
     if override:
-        lines.append(f"override: by {override.get('by')} at {override.get('at')}, "
-                     f"released until {override.get('until')}"
+        ended = override.get("ended")
+        span = f"ended: {ended}" if ended else f"released until {override.get('until')}"
+        lines.append(f"override: by {override.get('by')} at {override.get('at')}, {span}"
                      + (f" ({override.get('outcome')})" if override.get("outcome") else ""))
     for key in ("update_pending", "update_downloaded", "update_failed"):
         if value.get(key) is not None:

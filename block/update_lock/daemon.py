@@ -414,7 +414,10 @@ class Agent:
         # A lock file our previous run left behind, that nothing asks for any more.
         for path in config.lock_paths:
             occupant = lockfile.inspect(path)
-            self._note_occupant(path, occupant)
+            if occupant.kind != "supervisor" or path not in self.blocked:
+                # Only what stands in our way is reported: a Supervisor lock that appears
+                # while we want nothing is the Supervisor's business, not a blockage.
+                self.blocked.pop(path, None)
             if occupant.kind == "ours":
                 adopted = lockfile.adopt(path, occupant, self._record(()), use_flock=True)
                 if adopted is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -51,7 +52,7 @@ pidfile={root}/supervisord.pid
 
 [program:simulator]
 command={python} -m update_lock simulate --port {port} --api-key {DEMO_KEY}
-    --lock-dir {root}/balena --pending --apply-s 5 --poll-interval-s 30
+    --lock-dir {root}/balena --release-after-s 3 --apply-s 5 --poll-interval-s 30
 priority=10
 startsecs=1
 stdout_logfile=/dev/stdout
@@ -91,6 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     extra = dict(item.split("=", 1) for item in args.env if "=" in item)
     root = Path(args.dir).resolve()
+    marker = root / ".update-lock-demo"
+    if marker.exists():
+        # A fresh start: the last demo's holders, openings and state are the demo's own.
+        shutil.rmtree(root)
+    elif root.exists() and any(root.iterdir()):
+        parser.error(f"--dir {root}: not empty and not a demo directory")
+    root.mkdir(parents=True, exist_ok=True)
+    marker.touch()
     for sub in ("balena", "update-lock"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     port = args.port or _free_port()
@@ -101,19 +110,22 @@ def main(argv: list[str] | None = None) -> int:
         print(config)
         return 0
     bin_dir = Path(sys.executable).parent
-    tool = f"UPDATE_LOCK_DIR={shlex.quote(str(root / 'update-lock'))} {bin_dir / 'update-lock'}"
+    tool = f"UPDATE_LOCK_DIR={shlex.quote(os.path.relpath(root / 'update-lock'))} " \
+        ".venv/bin/update-lock"
     print(f"""\
-update-lock demo: the agent holds the lock (UPDATE_LOCK_ALWAYS=true) and the simulated
-Supervisor at http://127.0.0.1:{port} has an update pending, held back by the lock.
-Try, in another terminal:
+update-lock demo: the agent holds the lock (UPDATE_LOCK_ALWAYS=true); 3 s after start the
+simulated Supervisor at http://127.0.0.1:{port} gets a new release, held back by the lock.
+Try, in another terminal in this directory:
   {tool} status
-  {tool} allow 1m                # open a window: the lock goes, the update applies at once
-  {tool} hold backup --reason "nightly backup"   # a holder: held even inside the window
+  # open a maintenance window now: the lock goes and the update applies at once
+  {tool} allow 1m
+  # a holder holds even inside a window
+  {tool} hold backup --reason "nightly backup"
   {tool} release backup
-  {tool} override                # force the update now
+  # force an update now (after a new release)
   curl -s -XPOST -H 'Authorization: Bearer {DEMO_KEY}' http://127.0.0.1:{port}/sim/release
-                                 # (a new release)
-Lock file: {root / 'balena' / 'updates.lock'}   Ctrl-C stops (and releases).
+  {tool} override
+Lock file: {os.path.relpath(root / 'balena' / 'updates.lock')}. Ctrl-C stops (and releases).
 """, flush=True)
     supervisord = bin_dir / "supervisord"
     os.execv(str(supervisord), [str(supervisord), "-c", str(conf_path)])  # noqa: S606

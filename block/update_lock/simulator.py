@@ -814,6 +814,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--pending", action="store_true", help="start with an update pending")
     parser.add_argument(
+        "--release-after-s",
+        type=float,
+        default=None,
+        help="a new release becomes pending this long after start, as if the cloud had one",
+    )
+    parser.add_argument(
         "--apply-s", type=float, default=3.0, help="how long an apply holds its lock (default 3)"
     )
     parser.add_argument(
@@ -887,6 +893,12 @@ def main(argv: list[str] | None = None) -> int:
                 detail=error.strerror,
             )
             return EX_UNAVAILABLE
+        if args.release_after_s is not None:
+            # Waiting on the stop event doubles as the timer: a signal ends it early.
+            if stop.wait(max(args.release_after_s, 0.0)):
+                log.info("simulator.stopping", signal=received[0] if received else None)
+                return 0
+            sim.release()
         stop.wait()
         log.info("simulator.stopping", signal=received[0] if received else None)
     finally:
