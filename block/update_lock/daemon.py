@@ -18,6 +18,7 @@ import os
 import secrets
 import selectors
 import signal
+import stat
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -51,6 +52,7 @@ __all__ = ["MAX_SLEEP", "Agent"]
 MAX_SLEEP = timedelta(seconds=60)
 # When something failed (a full disk, a missing directory), try again this soon.
 RETRY_SLEEP = timedelta(seconds=5)
+FLOCK_RETRY = timedelta(milliseconds=100)
 
 _DIR_MASK = (
     IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_CLOSE_WRITE | IN_ATTRIB
@@ -107,6 +109,7 @@ class Agent:
         self.last_status_at = 0.0
         self.status_error = ""
         self.retry_soon = False
+        self.step_failed = False
         self.last_decision: Decision | None = None
         self.watch_dirs: dict[int, str] = {}
         self.want_watch: dict[str, int] = {}
@@ -172,6 +175,7 @@ class Agent:
     def step(self) -> float:
         """One wake: observe, decide, apply, publish. Returns seconds until the next look."""
         self.retry_soon = False
+        self.step_failed = False
         now = self.clock()
         try:
             self._arm_watches()
@@ -187,6 +191,7 @@ class Agent:
         except (OSError, UpdateLockError) as error:
             self.log.warning("agent.retry", error=str(error), in_s=RETRY_SLEEP.seconds)
             self.retry_soon = True
+            self.step_failed = True
             decision = self.last_decision or Decision(False, (), (), (), (), None, None, None)
         return self._timeout(decision, now)
 
@@ -208,6 +213,8 @@ class Agent:
         limit = MAX_SLEEP
         if self.retry_soon or self.status_error or len(self.watch_dirs) < len(self.want_watch):
             limit = RETRY_SLEEP
+        if self.config.host_os and any(not h.flocked for h in self.held.values()):
+            limit = min(limit, FLOCK_RETRY)  # a busy probe outlasted our wait: try again soon
         if decision.next_check is not None:
             limit = min(limit, max(decision.next_check - now, timedelta(0)))
         for hook in self.hooks:
@@ -254,6 +261,10 @@ class Agent:
                 continue
             if directory == self.config.trigger_dir and holders.is_own_file(event.name):
                 continue
+            if self.step_failed and directory == self._lock_dir() != self.config.trigger_dir:
+                # Our own failed create and its clean-up (a full disk): retried on the timer
+                # (RETRY_SLEEP), not in a tight loop woken by our own events.
+                continue
             is_parent = directory not in (self.config.trigger_dir, self._lock_dir())
             if is_parent and os.path.join(directory, event.name) not in self.want_watch:
                 continue  # a parent: only the watched directories' own names matter
@@ -275,15 +286,22 @@ class Agent:
             targets[directory] = _DIR_MASK
             targets.setdefault(os.path.dirname(directory) or "/", _PARENT_MASK)
         self.want_watch = targets
-        watched = set(self.watch_dirs.values())
         for directory, mask in targets.items():
-            if directory in watched:
-                continue
+            # Asked on every wake, not only when a watch looks lost: a watch follows its inode,
+            # so a directory moved away (IN_MOVE_SELF), or deleted and re-created while a queue
+            # overflow dropped its IN_IGNORED, would leave us watching the wrong inode. For
+            # the same inode the kernel hands back the same wd: nothing changes then.
             try:
                 wd = self.inotify.add_watch(directory, mask)
             except UpdateLockError:
-                continue  # missing for now: retried on the next wake (RETRY_SLEEP)
-            self.watch_dirs[wd] = directory
+                wd = -1  # missing for now: retried on the next wake (RETRY_SLEEP)
+            for old, name in list(self.watch_dirs.items()):
+                if name == directory and old != wd:
+                    del self.watch_dirs[old]
+                    self.inotify.rm_watch(old)  # EINVAL (already gone) is ignored there
+                    self.log.warning("watch.lost", dir=directory)
+            if wd >= 0:
+                self.watch_dirs[wd] = directory
 
     def _make_dir(self, directory: str) -> None:
         try:
@@ -309,6 +327,10 @@ class Agent:
         scan = holders.scan(config.trigger_dir, stale_before=stale_before)
         if scan.missing:
             self.retry_soon = True
+            key = ("scan:" + config.trigger_dir, scan.error or "ENOENT")
+            if scan.error and key not in self.reported:
+                self.log.warning("trigger.unreadable", dir=config.trigger_dir, error=scan.error)
+            self.reported.add(key)
         self._report_ignored(scan)
         self.allow_until = self._parse_allow(scan.allow_until)
         for hook in self.hooks:
@@ -336,7 +358,8 @@ class Agent:
         for entry, why in sorted(current - self.reported):
             self.log.warning("trigger.ignored", entry=entry, why=why)
         # Forget what is gone, so it is reported again if it comes back; keep other keys.
-        self.reported = {k for k in self.reported if k in current or k[0].startswith("mkdir:")}
+        self.reported = {k for k in self.reported
+                         if k in current or k[0].startswith(("mkdir:", "scan:"))}
         self.reported |= current
 
     def _parse_allow(self, text: str | None) -> datetime | None:
@@ -555,13 +578,24 @@ class Agent:
 
     def _load_state(self) -> None:
         try:
-            with open(self._state_path(), "rb") as handle:
-                state = json.loads(handle.read(1 << 16))
+            # The trigger directory is shared: follow no link, never block on a FIFO.
+            fd = os.open(self._state_path(), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                         | os.O_CLOEXEC)
         except FileNotFoundError:
             return
+        except OSError as error:
+            self.log.warning("state.unreadable", path=self._state_path(),
+                             error=_errno_name(error))
+            return
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ValueError("not a regular file")
+            state = json.loads(os.read(fd, 1 << 16))
         except (OSError, ValueError) as error:
             self.log.warning("state.unreadable", path=self._state_path(), error=str(error))
             return
+        finally:
+            os.close(fd)
         if not isinstance(state, dict):
             return
         self.saved_state = state
@@ -582,7 +616,10 @@ class Agent:
         path = self._state_path()
         tmp = path + f".{self.pid}.tmp"
         try:
-            with open(tmp, "w", encoding="utf-8") as handle:
+            # O_NOFOLLOW: a link planted at the temp name must not make us write elsewhere.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o644)
+            with open(fd, "w", encoding="utf-8") as handle:
                 json.dump(state, handle)
             os.replace(tmp, path)
         except OSError as error:

@@ -106,8 +106,12 @@ def _flock_wait(fd: int, deadline_s: float) -> bool:
 
 
 def _write_record(fd: int, record: bytes) -> None:
-    os.ftruncate(fd, 0)
+    # Write first, then trim: truncating first would leave an empty file if we were killed in
+    # between, and an empty file is anyone's (the next start would call it foreign and keep
+    # it forever). Killed between the two, the file is the new record's line followed by the
+    # old one's tail, which _read_record ignores.
     os.pwrite(fd, record, 0)
+    os.ftruncate(fd, len(record))
 
 
 def encode_record(pid: int, token: str, since: str, reasons: tuple[str, ...]) -> bytes:
@@ -139,8 +143,10 @@ def create(path: str, record: bytes, *, use_flock: bool) -> Held | Occupant:
         raise LockError(path, "create", _errno_name(error), error.strerror or "") from error
     try:
         info = os.fstat(fd)
-        flocked = _flock_wait(fd, FLOCK_WAIT_S) if use_flock else False
+        # The record before the flock wait (up to FLOCK_WAIT_S): a crash during the wait must
+        # leave a file the next start recognises as its own and adopts.
         _write_record(fd, record)
+        flocked = _flock_wait(fd, FLOCK_WAIT_S) if use_flock else False
     except OSError as error:
         # ENOSPC and friends: give the path back rather than leave a half-made lock.
         with contextlib.suppress(OSError):
@@ -185,7 +191,8 @@ def _read_record(path: str) -> dict[str, object] | None:
     finally:
         os.close(fd)
     try:
-        value = json.loads(data.decode("utf-8"))
+        # The first line only: see _write_record for the tail a crash can leave after it.
+        value = json.loads(data.split(b"\n", 1)[0].decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         return None
     return value if isinstance(value, dict) else None
