@@ -8,6 +8,7 @@ own process group and killed at cleanup.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -233,6 +234,24 @@ def holding_flock(path: Path) -> Iterator[Proc]:
         yield proc
     finally:
         proc.kill()
+        # The group's SIGKILL lands on each process on its own time: wait until the flock is
+        # really gone, so the caller's next step does not race a dying holder.
+        wait_for(lambda: not flock_busy(path), f"the flock on {path} to be released")
+
+
+def flock_busy(path: Path) -> bool:
+    """Someone holds an flock on ``path`` (probed like the host does: read-only, no create)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def stat_key(path: Path) -> tuple[int, int]:

@@ -15,7 +15,6 @@ import contextlib
 import errno
 import json
 import os
-import secrets
 import selectors
 import signal
 import stat
@@ -92,7 +91,8 @@ class Agent:
         self.clock = clock
         self.uptime = uptime
         self.pid = os.getpid()
-        self.token = secrets.token_hex(8)
+        # os.urandom, not secrets: `secrets` imports hmac and OpenSSL (~4 MiB) for 8 bytes.
+        self.token = os.urandom(8).hex()
         self.stopping = False
         self.held: dict[str, lockfile.Held] = {}
         self.held_reasons: tuple[str, ...] = ()
@@ -260,10 +260,15 @@ class Agent:
             if directory is None:
                 continue
             if directory == self.config.trigger_dir and holders.is_own_file(event.name):
+                # Our own writes never wake us; someone removing status.json does (it is
+                # written again at once: services and the health check read it).
+                if event.name == holders.STATUS_FILE and event.mask & (IN_DELETE | IN_MOVED_FROM):
+                    relevant = True
                 continue
-            if self.step_failed and directory == self._lock_dir() != self.config.trigger_dir:
+            if self.step_failed and directory == self._lock_dir() and \
+                    os.path.join(directory, event.name) in self.config.lock_paths:
                 # Our own failed create and its clean-up (a full disk): retried on the timer
-                # (RETRY_SLEEP), not in a tight loop woken by our own events.
+                # (RETRY_SLEEP) or another event, not in a tight loop of our own events.
                 continue
             is_parent = directory not in (self.config.trigger_dir, self._lock_dir())
             if is_parent and os.path.join(directory, event.name) not in self.want_watch:
@@ -367,20 +372,23 @@ class Agent:
             return None
         try:
             value = datetime.fromisoformat(text)
-        except ValueError:
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=self.config.tz)  # a wall time in the block's zone
+            return value.astimezone(UTC)
+        except (ValueError, OverflowError) as error:
+            # OverflowError: a time at the calendar's edge that UTC cannot hold
+            # (9999-12-31T23:59-12:00): written by anyone, so ignored, never fatal.
             key = (holders.ALLOW_FILE, "bad-time:" + text)
             if key not in self.reported:
                 self.log.warning(
                     "trigger.ignored",
                     entry=holders.ALLOW_FILE,
-                    why="not an ISO 8601 time",
+                    why="out of range" if isinstance(error, OverflowError)
+                    else "not an ISO 8601 time",
                     value=text,
                 )
             self.reported.add(key)
             return None
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=self.config.tz)  # a wall time in the block's zone
-        return value.astimezone(UTC)
 
     def _overridden(self, path: str, held: lockfile.Held, now: datetime) -> None:
         """Someone unlinked or replaced our lock: a forced update or the dashboard toggle."""
@@ -555,8 +563,9 @@ class Agent:
         if self.stopping:
             value["stopping"] = True
         fresh = time.monotonic() - self.last_status_at < status.HEARTBEAT.total_seconds()
-        if value == self.last_status and fresh and not force and not self.status_error:
-            return
+        if value == self.last_status and fresh and not force and not self.status_error and \
+                os.path.exists(os.path.join(self.config.trigger_dir, holders.STATUS_FILE)):
+            return  # unchanged and still there (a deleted or re-created directory loses it)
         try:
             status.write(self.config.trigger_dir, dict(value, updated_at=status.iso(now)))
         except OSError as error:
@@ -617,8 +626,9 @@ class Agent:
         tmp = path + f".{self.pid}.tmp"
         try:
             # O_NOFOLLOW: a link planted at the temp name must not make us write elsewhere.
+            # O_NONBLOCK: a FIFO planted there fails (ENXIO) instead of blocking us forever.
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o644)
+                         | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
             with open(fd, "w", encoding="utf-8") as handle:
                 json.dump(state, handle)
             os.replace(tmp, path)

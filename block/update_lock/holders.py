@@ -47,6 +47,9 @@ HOLDER_SUFFIX = ".lock"
 MAX_READ_BYTES = 256
 MAX_REASON_CHARS = 200
 
+# Far in the future, yet leaving room for any TTL (durations are bounded at 3650 days).
+_LATEST_MTIME = datetime(9000, 1, 1, tzinfo=UTC).timestamp()
+
 _NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 
@@ -165,6 +168,9 @@ def scan(directory: str, *, stale_before: float | None) -> Scan:
             ignored.append(Ignored(name, result))
             continue
         line, mtime, _ = result
+        # Anyone can set any mtime (`touch -d`), and tmpfs, xfs or btrfs keep ones past year
+        # 9999, which datetime cannot hold: clamp to a range the TTL arithmetic is safe in.
+        mtime = min(max(mtime, 0.0), _LATEST_MTIME)
         if name == ALLOW_FILE:
             allow_until = line
         elif name == OVERRIDE_FILE:

@@ -8,7 +8,6 @@ caller is level-triggered and rescans on any event anyway.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import struct
@@ -50,7 +49,9 @@ IN_CLOEXEC = os.O_CLOEXEC
 IN_NONBLOCK = os.O_NONBLOCK
 
 _HEADER = struct.Struct("iIII")
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The process's own symbols include libc (glibc and musl alike). ctypes.util.find_library
+# would import subprocess and run `ldconfig -p` at every start, for nothing.
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,6 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import secrets
-import tempfile
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -89,6 +87,8 @@ class Worker:
         self.tasks: queue.Queue[tuple[str, Any] | None] = queue.Queue()
         self.results: queue.Queue[Result] = queue.Queue()
         self.watch_apply = threading.Event()
+        self.pending: set[tuple[str, Any]] = set()
+        self.pending_lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name="supervisor-api", daemon=True)
 
     def start(self) -> None:
@@ -100,6 +100,13 @@ class Worker:
         self.thread.join(timeout=0.2)
 
     def submit(self, task: str, arg: Any = None) -> None:
+        # One of each task waiting at a time: while a slow or failing Supervisor keeps the
+        # worker busy, a burst of releases must not queue an apply request each, all sent
+        # later (every `cancel` would restart an apply already under way).
+        with self.pending_lock:
+            if (task, arg) in self.pending:
+                return
+            self.pending.add((task, arg))
         self.tasks.put((task, arg))
 
     def _post(self, result: Result) -> None:
@@ -129,6 +136,8 @@ class Worker:
             if task is None:
                 self.client.close()
                 return
+            with self.pending_lock:
+                self.pending.discard(task)  # from now on, a new request queues again
             self._do(*task)
 
     def _do(self, task: str, arg: Any) -> None:
@@ -181,7 +190,8 @@ class Worker:
 def instance_id() -> str:
     """Identifies this container: kept in its own /tmp (not a volume, not the lock dir), so a
     restart keeps it and a replaced container (a new release) gets a new one."""
-    path = os.path.join(tempfile.gettempdir(), "update-lock.instance")
+    # TMPDIR as tempfile.gettempdir() would read it, without importing tempfile (memory).
+    path = os.path.join(os.environ.get("TMPDIR") or "/tmp", "update-lock.instance")  # noqa: S108
     try:
         with open(path, encoding="utf-8") as handle:
             value = handle.read(64).strip()
@@ -189,7 +199,7 @@ def instance_id() -> str:
                 return value
     except OSError:
         pass
-    value = secrets.token_hex(8)
+    value = os.urandom(8).hex()
     with contextlib.suppress(OSError), open(path, "w", encoding="utf-8") as handle:
         handle.write(value + "\n")
     return value
@@ -229,7 +239,12 @@ class Link(AgentHook):
         since = saved.get("pending_since")
         if isinstance(since, str):
             with contextlib.suppress(ValueError):
-                self.pending_since = datetime.fromisoformat(since)
+                value = datetime.fromisoformat(since)
+                # The state file sits in the shared trigger directory: only an aware time in
+                # the past can be ours (a naive one, or one near year 9999, would crash the
+                # max-defer arithmetic on every wake).
+                if value.tzinfo is not None and value <= agent.clock():
+                    self.pending_since = value
         self.defer_fired = saved.get("defer_fired") is True
         override = agent.override
         if override is not None and override.get("instance") not in (None, self.instance):

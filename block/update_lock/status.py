@@ -30,7 +30,13 @@ def write(directory: str, status: dict[str, Any]) -> None:
     path = os.path.join(directory, "status.json")
     tmp = os.path.join(directory, f".status.json.{os.getpid()}.tmp")
     data = (json.dumps(status, indent=2, sort_keys=True) + "\n").encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    # The temp name is ours, but the directory is shared and our pid is public: whatever was
+    # planted there (a link, a FIFO that would block the open forever) is removed first, and
+    # the create is exclusive, follows no link and never blocks.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK
+                 | os.O_CLOEXEC, 0o644)
     try:
         os.write(fd, data)
     except OSError:

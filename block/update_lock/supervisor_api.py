@@ -22,7 +22,6 @@ import re
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
-from urllib.parse import quote
 
 from update_lock import __version__
 from update_lock.errors import ApiError
@@ -204,6 +203,8 @@ class SupervisorClient:
 
     def stop_service(self, app_id: str, service_name: str) -> None:
         """``POST /v2/applications/<appId>/stop-service`` for ``service_name``."""
+        from urllib.parse import quote  # noqa: PLC0415  # only the client needs it
+
         path = f"/v2/applications/{quote(app_id, safe='')}/stop-service"
         self._request("POST", path, {"serviceName": service_name})
 
@@ -212,6 +213,8 @@ class SupervisorClient:
     def _scrub(self, text: str) -> str:
         """``text`` without the key, raw or percent-encoded, nor any ``apikey=`` value."""
         if self._key:
+            from urllib.parse import quote  # noqa: PLC0415  # only the client needs it
+
             for form in {self._key, quote(self._key, safe=""), quote(self._key)}:
                 text = text.replace(form, REDACTED)
         return _APIKEY_IN_TEXT.sub(r"\1" + REDACTED, text)
