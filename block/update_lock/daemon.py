@@ -94,6 +94,7 @@ class Agent:
         # os.urandom, not secrets: `secrets` imports hmac and OpenSSL (~4 MiB) for 8 bytes.
         self.token = os.urandom(8).hex()
         self.stopping = False
+        self.stop_signal: int | None = None
         self.held: dict[str, lockfile.Held] = {}
         self.held_reasons: tuple[str, ...] = ()
         self.held_since: datetime | None = None
@@ -125,8 +126,11 @@ class Agent:
     # --- life cycle -------------------------------------------------------------------------
 
     def request_stop(self, signum: int, _frame: FrameType | None = None) -> None:
+        # Only flags: the handler may run while the main thread is inside the logger (which
+        # holds a non-reentrant lock), so logging here could deadlock the stop. The loop
+        # logs it; set_wakeup_fd has already woken it.
+        self.stop_signal = signum
         self.stopping = True
-        self.log.info("agent.stopping", signal=signal.Signals(signum).name)
 
     def wake(self) -> None:
         """Wake the loop from another thread (the API worker)."""
@@ -169,6 +173,8 @@ class Agent:
         finally:
             for hook in self.hooks:
                 hook.stop()
+        if self.stop_signal is not None:
+            self.log.info("agent.stopping", signal=signal.Signals(self.stop_signal).name)
         self._shutdown()
         return 0
 
