@@ -502,3 +502,48 @@ def test_a_module_run_matches_the_console_script(world: World) -> None:
     result = subprocess.run([sys.executable, "-m", "update_lock", "--version"], env=env,
                             capture_output=True, text=True, timeout=10)
     assert result.stdout.strip() == "0.1.0"
+
+
+def test_sigterm_while_blocked_writing_a_log_line_still_releases(world: World) -> None:
+    """Regression: the SIGTERM handler used to log, and deadlocked when the signal landed
+    while the main thread held the logger's lock (found by the benchmarks)."""
+    env = world.env(UPDATE_LOCK_ALWAYS="true")
+    agent = subprocess.Popen([sys.executable, "-m", "update_lock", "run"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    assert agent.stdout is not None
+    try:
+        wait_for(lambda: world.status() is not None, "a first status")
+        # Nobody reads the agent's stdout: holder churn fills the pipe until it blocks.
+        count = 0
+
+        def blocked_in_write() -> bool:
+            nonlocal count
+            for _ in range(200):
+                holder = world.trigger / f"h{count % 50}.lock"
+                holder.write_text("")
+                holder.unlink()
+                count += 1
+            with open(f"/proc/{agent.pid}/wchan") as handle:
+                return "pipe" in handle.read()
+
+        wait_for(blocked_in_write, "the agent to block writing to a full stdout", 60)
+        agent.send_signal(signal.SIGTERM)
+        os.set_blocking(agent.stdout.fileno(), False)
+
+        def drained_and_exited() -> bool:
+            try:
+                while agent.stdout is not None and agent.stdout.read(65536):
+                    pass
+            except BlockingIOError:
+                pass
+            return agent.poll() is not None
+
+        wait_for(drained_and_exited, "the agent to exit after SIGTERM", 20)
+        assert agent.returncode == 0
+        assert not world.lock.exists()
+    finally:
+        if agent.poll() is None:
+            os.killpg(agent.pid, signal.SIGKILL)
+            agent.wait()
+        agent.stdout.close()
