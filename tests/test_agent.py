@@ -547,3 +547,20 @@ def test_sigterm_while_blocked_writing_a_log_line_still_releases(world: World) -
             os.killpg(agent.pid, signal.SIGKILL)
             agent.wait()
         agent.stdout.close()
+
+
+@needs_root
+def test_a_lock_directory_it_may_not_write_is_reported_and_retried(world: World) -> None:
+    os.chmod(world.lock_dir, 0o755)  # noqa: S103  # root's, not writable by the agent's uid
+    os.chmod(world.tmp, 0o755)  # noqa: S103
+    os.chown(world.trigger, 1000, 1000)
+    env = world.env(UPDATE_LOCK_ALWAYS="true")
+    proc = Proc(["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups",
+                 sys.executable, "-m", "update_lock", "run"], env)
+    world.procs.append(proc)
+    line = proc.wait_line(r"^WARNING agent\.retry ")
+    assert line == (f'WARNING agent.retry error="cannot create {world.lock}: EACCES '
+                    '(Permission denied)" in_s=5')
+    assert proc.popen.poll() is None, "reported and retried, not a crash"
+    os.chmod(world.lock_dir, 0o1777)  # noqa: S103
+    proc.wait_line(r"^lock\.acquired ")

@@ -132,12 +132,14 @@ def create(path: str, record: bytes, *, use_flock: bool) -> Held | Occupant:
         fd = os.open(path, _CREATE_FLAGS, 0o644)
     except FileExistsError:
         return inspect(path)
-    except PermissionError:
-        # EACCES: with fs.protected_regular=1 even root cannot O_CREAT over a file owned by
-        # another user in a sticky directory: the Supervisor's own lock (platform facts §3).
+    except PermissionError as error:
+        # EACCES over an existing file: with fs.protected_regular=1 root may not O_CREAT over
+        # another user's file in a sticky directory: the Supervisor's own lock (platform
+        # facts §3); who it is, inspect says. EACCES with nothing there is a real permission
+        # problem (a directory we may not write): an error, reported and retried.
         occupant = inspect(path)
         if occupant.kind == "absent":
-            return Occupant("supervisor", detail="EACCES on create")
+            raise LockError(path, "create", "EACCES", error.strerror or "") from error
         return occupant
     except OSError as error:
         raise LockError(path, "create", _errno_name(error), error.strerror or "") from error
