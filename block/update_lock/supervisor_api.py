@@ -105,6 +105,16 @@ def _causes(error: BaseException) -> list[BaseException]:
     return seen
 
 
+# The Supervisor's answers are a few hundred bytes; anything far larger is not the Supervisor.
+MAX_BODY_BYTES = 1 << 20
+
+
+class _BodyTooSlowOrLarge(Exception):
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
 class SupervisorClient:
     """Calls the Supervisor API with retries. Not thread-safe: one client per thread.
 
@@ -285,7 +295,12 @@ class SupervisorClient:
                     headers=headers,
                     timeout=self._timeout_s,
                     allow_redirects=False,
+                    stream=True,  # the body is read by _read_body, bounded in size and time
                 )
+                self._read_body(response)
+            except _BodyTooSlowOrLarge as error:
+                why = error.why
+                message = error.why
             except (
                 requests.ConnectionError,
                 requests.Timeout,
@@ -324,6 +339,25 @@ class SupervisorClient:
                 delay_s=f"{delay_s:g}",
             )
             time.sleep(delay_s)
+
+    def _read_body(self, response: requests.Response) -> None:
+        """Read the body, at most MAX_BODY_BYTES and within the read timeout in all: the read
+        timeout alone bounds each socket read, so a server dripping a byte at a time (or an
+        endless body) would otherwise hold the API worker forever."""
+        deadline = time.monotonic() + self._timeout_s[1]
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            for chunk in response.iter_content(4096):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise _BodyTooSlowOrLarge("response-too-large")
+                if time.monotonic() > deadline:
+                    raise _BodyTooSlowOrLarge("response-too-slow")
+        finally:
+            response.close()
+        response._content = b"".join(chunks)  # what .json() and .text then read
 
     def _json_object(self, method: str, path: str) -> dict[str, object]:
         response = self._request(method, path)
