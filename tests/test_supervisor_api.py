@@ -505,14 +505,6 @@ def test_importing_api_settings_does_not_import_requests():
 def test_a_dripping_or_endless_body_is_cut_off_and_retried_with_a_bound() -> None:
     """The read timeout bounds each socket read only: a body dripped a byte at a time, or an
     endless one, must still end the call (bounded in time and size, then retried)."""
-    import socket
-    import threading
-    import time as _time
-
-    from update_lock.errors import ApiError
-    from update_lock.logs import Logger
-    from update_lock.supervisor_api import SupervisorClient
-
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -539,11 +531,10 @@ def test_a_dripping_or_endless_body_is_cut_off_and_retried_with_a_bound() -> Non
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    import io
     stream = io.StringIO()
     client = SupervisorClient(f"http://127.0.0.1:{port}", "k", logger=Logger(stream=stream),
                               read_timeout_s=2.0, attempts=2, backoff_s=0.01)
-    start = _time.monotonic()
+    start = time.monotonic()
     try:
         with pytest.raises(ApiError) as caught:
             client.device()
@@ -553,4 +544,4 @@ def test_a_dripping_or_endless_body_is_cut_off_and_retried_with_a_bound() -> Non
         client.close()
     assert "response-too-large" in str(caught.value)
     assert len(served) == 2  # retried once, then gave up
-    assert _time.monotonic() - start < 30
+    assert time.monotonic() - start < 30

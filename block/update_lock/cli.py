@@ -159,7 +159,13 @@ def _write_file(path: str, text: str) -> None:
     """Write a small file in the trigger directory atomically (temp name the agent ignores)."""
     directory = os.path.dirname(path)
     tmp = os.path.join(directory, f".update-lock-cli.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
+    # The directory is shared: whatever is at our temp name is removed, and the create is
+    # exclusive, follows no link and never blocks on a FIFO.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK
+                 | os.O_CLOEXEC, 0o644)
+    with open(fd, "w", encoding="utf-8") as handle:
         handle.write(text + "\n")
     os.replace(tmp, path)
 
