@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import configparser
 import contextlib
-import fcntl
 import json
 import os
 import random
@@ -38,7 +37,7 @@ from typing import Any
 
 import pytest
 
-from harness import BLOCK, Proc, World, base_env, have, wait_for
+from harness import BLOCK, Proc, World, base_env, flock_busy, have, wait_for
 from update_lock.inotify import (
     IN_DELETE,
     IN_MOVED_FROM,
@@ -52,19 +51,8 @@ NAMES = ("h0", "h1", "h2", "h3")
 CONVERGE_S = 10.0
 
 
-def host_flock_held(path: Path) -> bool:
-    """The host OS check, in process: open read-only (never create), `flock -n -x`."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # also drops our probe's flock, if we got it
-    return False
+# The host OS check, in process: open read-only (never create), `flock -n -x`.
+host_flock_held = flock_busy
 
 
 class Churn:
