@@ -52,6 +52,15 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def read_status(trigger: Path) -> dict[str, Any] | None:
+    """The agent's status.json in ``trigger``, or None while there is none (or it is odd)."""
+    try:
+        value = json.loads((trigger / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 class Proc:
     """A subprocess whose stdout+stderr lines are collected by a thread."""
 
@@ -153,11 +162,7 @@ class World:
                               capture_output=True, text=True, timeout=timeout_s)
 
     def status(self) -> dict[str, Any] | None:
-        try:
-            value = json.loads((self.trigger / "status.json").read_text())
-        except (OSError, ValueError):
-            return None
-        return value if isinstance(value, dict) else None
+        return read_status(self.trigger)
 
     def wait_status(self, predicate: Callable[[dict[str, Any]], bool], what: str,
                     timeout_s: float = DEADLINE_S) -> dict[str, Any]:

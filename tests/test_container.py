@@ -33,7 +33,16 @@ from typing import Any
 
 import pytest
 
-from harness import ROOT, Proc, base_env, host_sees_lock, stat_key, supervisor_sees_lock, wait_for
+from harness import (
+    ROOT,
+    Proc,
+    base_env,
+    host_sees_lock,
+    read_status,
+    stat_key,
+    supervisor_sees_lock,
+    wait_for,
+)
 from update_lock import fatal_listener
 from update_lock.config import BOOL_FORM
 from update_lock.inotify import (
@@ -170,11 +179,7 @@ class Container:
         return self.proc.wait_line(pattern, timeout_s=timeout_s, start=start)
 
     def status(self) -> dict[str, Any] | None:
-        try:
-            value = json.loads((self.trigger / "status.json").read_text())
-        except (OSError, ValueError):
-            return None
-        return value if isinstance(value, dict) else None
+        return read_status(self.trigger)
 
     def cleanup(self) -> None:
         self._watchdog.cancel()
