@@ -24,6 +24,7 @@ from harness import (
     supervisor_sees_lock,
     wait_for,
 )
+from update_lock import cli
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown to 65534)")
 
@@ -564,3 +565,19 @@ def test_a_lock_directory_it_may_not_write_is_reported_and_retried(world: World)
     assert proc.popen.poll() is None, "reported and retried, not a crash"
     os.chmod(world.lock_dir, 0o1777)  # noqa: S103
     proc.wait_line(r"^lock\.acquired ")
+
+
+def test_cli_trigger_files_follow_no_planted_link(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trigger directory is shared: a link planted at the CLI's temp name (its pid is
+    guessable) must not make it write elsewhere."""
+    trigger = tmp_path / "trigger"
+    trigger.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    (trigger / f".update-lock-cli.{os.getpid()}.tmp").symlink_to(victim)
+    monkeypatch.setenv("UPDATE_LOCK_DIR", str(trigger))
+    assert cli.main(["hold", "job", "--reason", "planted"]) == 0
+    assert victim.read_text() == "untouched\n"
+    assert (trigger / "job.lock").read_text() == "planted\n"
+    assert not (trigger / "job.lock").is_symlink()

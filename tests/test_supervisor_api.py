@@ -545,3 +545,41 @@ def test_a_dripping_or_endless_body_is_cut_off_and_retried_with_a_bound() -> Non
     assert "response-too-large" in str(caught.value)
     assert len(served) == 2  # retried once, then gave up
     assert time.monotonic() - start < 30
+
+
+def test_a_body_dripped_a_byte_at_a_time_is_cut_off_by_the_total_deadline() -> None:
+    """Each byte arrives well within the read timeout, so only a deadline for the whole body
+    ends the call."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1000\r\n\r\n")
+            try:
+                while not stop.wait(0.2):
+                    conn.sendall(b" ")
+            except OSError:
+                pass
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    client = SupervisorClient(f"http://127.0.0.1:{port}", "k", logger=Logger(stream=io.StringIO()),
+                              read_timeout_s=1.0, attempts=1)
+    try:
+        with pytest.raises(ApiError) as caught:
+            client.device()
+    finally:
+        stop.set()
+        listener.close()
+        client.close()
+    assert "response-too-slow" in str(caught.value)

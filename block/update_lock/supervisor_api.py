@@ -348,7 +348,14 @@ class SupervisorClient:
         chunks: list[bytes] = []
         size = 0
         try:
-            for chunk in response.iter_content(4096):
+            while True:
+                # read1: whatever has arrived, at most 4096 bytes. iter_content would wait for
+                # a whole chunk, and a dripping server never lets it return.
+                # (urllib3 1.x has no read1: there the size bound still holds.)
+                read = getattr(response.raw, "read1", response.raw.read)
+                chunk = read(4096, decode_content=True)
+                if not chunk:
+                    break
                 chunks.append(chunk)
                 size += len(chunk)
                 if size > MAX_BODY_BYTES:
