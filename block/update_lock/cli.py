@@ -157,17 +157,7 @@ def _holder_path(env: Mapping[str, str], name: str) -> str:
 
 def _write_file(path: str, text: str) -> None:
     """Write a small file in the trigger directory atomically (temp name the agent ignores)."""
-    directory = os.path.dirname(path)
-    tmp = os.path.join(directory, f".update-lock-cli.{os.getpid()}.tmp")
-    # The directory is shared: whatever is at our temp name is removed, and the create is
-    # exclusive, follows no link and never blocks on a FIFO.
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK
-                 | os.O_CLOEXEC, 0o644)
-    with open(fd, "w", encoding="utf-8") as handle:
-        handle.write(text + "\n")
-    os.replace(tmp, path)
+    status.replace_file(path, (text + "\n").encode(), f".update-lock-cli.{os.getpid()}.tmp")
 
 
 def cmd_hold(args: argparse.Namespace, env: Mapping[str, str]) -> int:

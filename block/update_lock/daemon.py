@@ -629,15 +629,9 @@ class Agent:
         state = dict(self.saved_state, override=self.override)
         self.saved_state = state
         path = self._state_path()
-        tmp = path + f".{self.pid}.tmp"
         try:
-            # O_NOFOLLOW: a link planted at the temp name must not make us write elsewhere.
-            # O_NONBLOCK: a FIFO planted there fails (ENXIO) instead of blocking us forever.
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-                         | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
-            with open(fd, "w", encoding="utf-8") as handle:
-                json.dump(state, handle)
-            os.replace(tmp, path)
+            status.replace_file(path, json.dumps(state).encode(),
+                                f"{holders.STATE_FILE}.{self.pid}.tmp")
         except OSError as error:
             self.log.warning("state.unwritable", path=path, error=_errno_name(error))
 

@@ -25,32 +25,36 @@ def iso(value: datetime | None) -> str | None:
     return value.replace(microsecond=0).isoformat()
 
 
-def write(directory: str, status: dict[str, Any]) -> None:
-    """Atomically replace ``status.json``. Raises OSError (full disk, missing directory)."""
-    path = os.path.join(directory, "status.json")
-    tmp = os.path.join(directory, f".status.json.{os.getpid()}.tmp")
-    data = (json.dumps(status, indent=2, sort_keys=True) + "\n").encode()
-    # The temp name is ours, but the directory is shared and our pid is public: whatever was
-    # planted there (a link, a FIFO that would block the open forever) is removed first, and
-    # the create is exclusive, follows no link and never blocks.
+def replace_file(path: str, data: bytes, tmp_name: str) -> None:
+    """Atomically replace ``path`` with ``data``, through the temp file ``tmp_name`` beside it
+    (a name the agent ignores). Raises OSError (full disk, missing directory).
+
+    The trigger directory is shared and our pid (part of every temp name) is public:
+    whatever was planted at the temp name (a link, a FIFO that would block the open forever)
+    is removed first, and the create is exclusive, follows no link and never blocks.
+    """
+    tmp = os.path.join(os.path.dirname(path), tmp_name)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK
                  | os.O_CLOEXEC, 0o644)
     try:
-        os.write(fd, data)
-    except OSError:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    os.close(fd)
-    try:
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except OSError:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def write(directory: str, status: dict[str, Any]) -> None:
+    """Atomically replace ``status.json``. Raises OSError (full disk, missing directory)."""
+    data = (json.dumps(status, indent=2, sort_keys=True) + "\n").encode()
+    replace_file(os.path.join(directory, "status.json"), data,
+                 f".status.json.{os.getpid()}.tmp")
 
 
 def read(directory: str) -> dict[str, Any] | None:
