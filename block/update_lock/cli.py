@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import sys
@@ -263,18 +264,6 @@ def cmd_health(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 0
 
 
-def cmd_simulate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from update_lock import simulator  # noqa: PLC0415
-
-    return simulator.main(args.rest)
-
-
-def cmd_park(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from update_lock import park  # noqa: PLC0415
-
-    return park.main(args.rest)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="update-lock", description="balena update lock block")
     parser.add_argument("--version", action="version", version=__version__)
@@ -304,25 +293,24 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_check_config)
     sub.add_parser("health", help="is the agent alive and its status fresh").set_defaults(
         func=cmd_health)
-    for name, func, text in (("simulate", cmd_simulate, "run the local Supervisor simulator"),
-                             ("park", cmd_park, "park after a configuration error")):
-        p = sub.add_parser(name, help=text, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=func)
+    # Listed for --help only: main() hands these over before parsing (see _DELEGATED).
+    sub.add_parser("simulate", help="run the local Supervisor simulator", add_help=False)
+    sub.add_parser("park", help="park after a configuration error", add_help=False)
     return parser
+
+
+# Subcommands that are whole programs of their own, with their own options.
+_DELEGATED = {"simulate": "update_lock.simulator", "park": "update_lock.park"}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    # Handed over whole: argparse's REMAINDER would not pass their leading --options on.
-    if argv[:1] == ["simulate"]:
-        from update_lock import simulator  # noqa: PLC0415
-
-        return simulator.main(argv[1:])
-    if argv[:1] == ["park"]:
-        from update_lock import park  # noqa: PLC0415
-
-        return park.main(argv[1:])
+    if argv[:1] and argv[0] in _DELEGATED:
+        # Handed over whole, imported only then: argparse's REMAINDER would not pass their
+        # leading --options on, and the agent need not load the simulator.
+        module = importlib.import_module(_DELEGATED[argv[0]])
+        code: int = module.main(argv[1:])
+        return code
     args = build_parser().parse_args(argv)
     env = dict(os.environ)
     try:

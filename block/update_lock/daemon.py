@@ -187,8 +187,6 @@ class Agent:
             self._arm_watches()
             observation = self._observe(now)
             decision = decide(self.config, now, observation)
-            for hook in self.hooks:
-                decision = hook.before_apply(self, decision, now)
             self._apply(decision, now)
             for hook in self.hooks:
                 hook.after_apply(self, decision, now)
@@ -651,9 +649,6 @@ class AgentHook:
 
     def observe(self, agent: Agent, scan: holders.Scan, now: datetime) -> None:
         return None
-
-    def before_apply(self, agent: Agent, decision: Decision, now: datetime) -> Decision:
-        return decision
 
     def after_apply(self, agent: Agent, decision: Decision, now: datetime) -> None:
         return None

@@ -271,9 +271,6 @@ class Link(AgentHook):
         self._max_defer(agent, now)
         agent.extra_status = self._status()
 
-    def before_apply(self, agent: Agent, decision: Decision, now: datetime) -> Decision:
-        return decision
-
     def after_apply(self, agent: Agent, decision: Decision, now: datetime) -> None:
         held = bool(agent.held)
         if self.pending_override is not None and not held:
