@@ -502,84 +502,81 @@ def test_importing_api_settings_does_not_import_requests():
     assert done.stdout.strip() == "[]"
 
 
-def test_a_dripping_or_endless_body_is_cut_off_and_retried_with_a_bound() -> None:
-    """The read timeout bounds each socket read only: a body dripped a byte at a time, or an
-    endless one, must still end the call (bounded in time and size, then retried)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    port = listener.getsockname()[1]
-    served = []
-    stop = threading.Event()
+class BodyServer:
+    """A raw socket server on 127.0.0.1: answers each request with 200 and a body that
+    ``body(stop, send)`` produces until the test ends; counts the connections."""
 
-    def serve() -> None:
-        while not stop.is_set():
+    def __init__(self, content_length: int,
+                 body: Callable[[threading.Event, Callable[[bytes], None]], None]) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.address = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.connections = 0
+        self.stop = threading.Event()
+        self.header = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: %d\r\n\r\n" % content_length)
+        self.body = body
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
             try:
-                conn, _ = listener.accept()
+                conn, _ = self.listener.accept()
             except OSError:
                 return
-            served.append(conn)
+            self.connections += 1
             conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: 100000000\r\n\r\n")
             try:
-                while not stop.is_set():
-                    conn.sendall(b"x" * 65536)  # endless, fast: the size bound
+                conn.sendall(self.header)
+                self.body(self.stop, conn.sendall)
             except OSError:
-                pass
+                pass  # EPIPE/ECONNRESET: the client gave up, which is what is tested
             conn.close()
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    stream = io.StringIO()
-    client = SupervisorClient(f"http://127.0.0.1:{port}", "k", logger=Logger(stream=stream),
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+
+
+def test_a_dripping_or_endless_body_is_cut_off_and_retried_with_a_bound() -> None:
+    """The read timeout bounds each socket read only: an endless body must still end the
+    call (bounded in size, then retried)."""
+
+    def endless(stop: threading.Event, send: Callable[[bytes], None]) -> None:
+        while not stop.is_set():
+            send(b"x" * 65536)
+
+    server = BodyServer(100_000_000, endless)
+    client = SupervisorClient(server.address, "k", logger=Logger(stream=io.StringIO()),
                               read_timeout_s=2.0, attempts=2, backoff_s=0.01)
     start = time.monotonic()
     try:
         with pytest.raises(ApiError) as caught:
             client.device()
     finally:
-        stop.set()
-        listener.close()
+        server.close()
         client.close()
     assert "response-too-large" in str(caught.value)
-    assert len(served) == 2  # retried once, then gave up
+    assert server.connections == 2  # retried once, then gave up
     assert time.monotonic() - start < 30
 
 
 def test_a_body_dripped_a_byte_at_a_time_is_cut_off_by_the_total_deadline() -> None:
     """Each byte arrives well within the read timeout, so only a deadline for the whole body
     ends the call."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    port = listener.getsockname()[1]
-    stop = threading.Event()
 
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: 1000\r\n\r\n")
-            try:
-                while not stop.wait(0.2):
-                    conn.sendall(b" ")
-            except OSError:
-                pass
-            conn.close()
+    def drip(stop: threading.Event, send: Callable[[bytes], None]) -> None:
+        while not stop.wait(0.2):
+            send(b" ")
 
-    threading.Thread(target=serve, daemon=True).start()
-    client = SupervisorClient(f"http://127.0.0.1:{port}", "k", logger=Logger(stream=io.StringIO()),
+    server = BodyServer(1000, drip)
+    client = SupervisorClient(server.address, "k", logger=Logger(stream=io.StringIO()),
                               read_timeout_s=1.0, attempts=1)
     try:
         with pytest.raises(ApiError) as caught:
             client.device()
     finally:
-        stop.set()
-        listener.close()
+        server.close()
         client.close()
     assert "response-too-slow" in str(caught.value)
