@@ -7,6 +7,7 @@ own process group and killed at cleanup.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import json
@@ -28,6 +29,31 @@ ROOT = Path(__file__).resolve().parent.parent
 BLOCK = ROOT / "block"
 PEERS = ROOT / "tests" / "peers"
 DEADLINE_S = 10.0
+
+
+_READABLE_PACKAGE: list[str] = []
+
+
+def readable_package() -> str:
+    """A PYTHONPATH with a copy of the package that any uid can read.
+
+    Tests that run the agent as another uid (65534, 1000) cannot rely on the checkout: a
+    clone made in `mktemp -d` is private to root. The agent without the API needs only the
+    standard library, so the package alone is enough. One copy per test session.
+    """
+    if not _READABLE_PACKAGE:
+        root = tempfile.mkdtemp(prefix="update-lock-pkg-", dir="/tmp")
+        os.chmod(root, 0o755)  # noqa: S103  # readable by the uids the tests switch to
+        shutil.copytree(BLOCK / "update_lock", os.path.join(root, "update_lock"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        _READABLE_PACKAGE.append(root)
+    return _READABLE_PACKAGE[0]
+
+
+def as_uid_argv(uid: int) -> list[str]:
+    """The argv prefix that runs a command as ``uid`` (util-linux setpriv)."""
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout_s: float = DEADLINE_S) -> Any:
@@ -205,7 +231,7 @@ def supervisor_sees_lock(path: Path, as_uid: int | None = None) -> bool:
     it created the file: remove it again (it is ours, the test's)."""
     argv = ["lockfile", "-r", "0", str(path)]
     if as_uid is not None:
-        argv = ["setpriv", f"--reuid={as_uid}", f"--regid={as_uid}", "--clear-groups", *argv]
+        argv = [*as_uid_argv(as_uid), *argv]
     result = subprocess.run(argv, capture_output=True, timeout=10)
     if result.returncode == 0:
         path.unlink()

@@ -15,11 +15,13 @@ import pytest
 from harness import (
     Proc,
     World,
+    as_uid_argv,
     base_env,
     have,
     holding_flock,
     host_sees_lock,
     npm_lockfile_sees_lock,
+    readable_package,
     stat_key,
     supervisor_sees_lock,
     wait_for,
@@ -382,8 +384,8 @@ def test_check_config(world: World) -> None:
 @needs_root
 def test_refuses_to_run_as_the_supervisors_uid(world: World) -> None:
     os.chmod(world.tmp, 0o755)  # noqa: S103  # let uid 65534 reach the test's files
-    proc = Proc(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                 sys.executable, "-m", "update_lock", "run"], world.env(UPDATE_LOCK_ALWAYS="1"))
+    env = world.env(UPDATE_LOCK_ALWAYS="1", PYTHONPATH=readable_package())
+    proc = Proc([*as_uid_argv(65534), sys.executable, "-m", "update_lock", "run"], env)
     world.procs.append(proc)
     assert proc.wait_exit() == 78
     assert proc.output() == (
@@ -558,9 +560,8 @@ def test_a_lock_directory_it_may_not_write_is_reported_and_retried(world: World)
     os.chmod(world.lock_dir, 0o755)  # noqa: S103  # root's, not writable by the agent's uid
     os.chmod(world.tmp, 0o755)  # noqa: S103
     os.chown(world.trigger, 1000, 1000)
-    env = world.env(UPDATE_LOCK_ALWAYS="true")
-    proc = Proc(["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups",
-                 sys.executable, "-m", "update_lock", "run"], env)
+    env = world.env(UPDATE_LOCK_ALWAYS="true", PYTHONPATH=readable_package())
+    proc = Proc([*as_uid_argv(1000), sys.executable, "-m", "update_lock", "run"], env)
     world.procs.append(proc)
     line = proc.wait_line(r"^WARNING agent\.retry ")
     assert line == (f'WARNING agent.retry error="cannot create {world.lock}: EACCES '

@@ -231,3 +231,18 @@ def test_a_wrong_key_says_what_to_fix_and_never_shows_the_key(world: World,
     assert "wrong-" + KEY not in agent.output()
     for path in world.trigger.rglob("*"):
         assert ("wrong-" + KEY).encode() not in path.read_bytes()
+
+
+def test_an_override_file_gets_its_reason_even_if_written_in_two_steps(world: World) -> None:
+    """`echo reason > override` creates the file, then writes: the request is consumed when
+    acted on, so an empty one waits a moment for its reason; a plain `touch` still works."""
+    agent = world.agent(UPDATE_LOCK_ALWAYS="true")
+    agent.wait_line(r"^lock\.acquired ")
+    # Created, then written: the agent, woken by the creation, may read it empty first.
+    with open(world.trigger / "override", "w") as request:
+        request.flush()
+        request.write("two steps\n")
+    agent.wait_line(r'^override\.received by=request reason="two steps" ')
+    start = agent.mark()
+    (world.trigger / "override").touch()
+    agent.wait_line(r'^override\.received by=request reason="override file" ', start=start)

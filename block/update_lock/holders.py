@@ -79,6 +79,7 @@ class Scan:
     ignored: tuple[Ignored, ...] = ()
     allow_until: str | None = None
     override: str | None = None
+    override_mtime: float | None = None  # epoch seconds
     missing: bool = False
     error: str = ""
 
@@ -132,6 +133,7 @@ def scan(directory: str, *, stale_before: float | None) -> Scan:
     ignored: list[Ignored] = []
     allow_until = None
     override = None
+    override_mtime = None
     try:
         entries = list(os.scandir(directory))
     except FileNotFoundError:
@@ -174,7 +176,7 @@ def scan(directory: str, *, stale_before: float | None) -> Scan:
         if name == ALLOW_FILE:
             allow_until = line
         elif name == OVERRIDE_FILE:
-            override = line
+            override, override_mtime = line, mtime
         else:
             flocked = False
             if stale_before is not None and mtime < stale_before:
@@ -186,4 +188,4 @@ def scan(directory: str, *, stale_before: float | None) -> Scan:
             holders.append(Holder(base, line, datetime.fromtimestamp(mtime, UTC), flocked))
     holders.sort(key=lambda h: h.name)
     ignored.sort(key=lambda i: i.entry)
-    return Scan(tuple(holders), tuple(ignored), allow_until, override)
+    return Scan(tuple(holders), tuple(ignored), allow_until, override, override_mtime)

@@ -25,7 +25,7 @@ import queue
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from update_lock import holders, status
@@ -39,6 +39,8 @@ __all__ = ["Link", "attach"]
 
 # While an override is in force, how often to ask whether the apply finished.
 APPLY_POLL = timedelta(seconds=2)
+# How long an empty `override` file may wait for its writer's reason before it is acted on.
+OVERRIDE_SETTLE = timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,7 @@ class Link(AgentHook):
         self.held_back_logged = False
         self.pending_since: datetime | None = None
         self.defer_fired = False
+        self.override_settles_at: datetime | None = None
 
     # --- hook -------------------------------------------------------------------------------
 
@@ -261,7 +264,15 @@ class Link(AgentHook):
 
     def observe(self, agent: Agent, scan: holders.Scan, now: datetime) -> None:
         self._drain(agent, now)
-        if scan.override is not None:
+        self.override_settles_at = None
+        if scan.override == "" and scan.override_mtime is not None:
+            # An empty request may be one whose writer has created the file but not yet
+            # written its reason (`echo reason > override` is two steps): the request is
+            # consumed when acted on, so give the reason a moment to arrive.
+            settles = datetime.fromtimestamp(scan.override_mtime, UTC) + OVERRIDE_SETTLE
+            if now < settles:
+                self.override_settles_at = settles
+        if scan.override is not None and self.override_settles_at is None:
             self._request_override(agent, now, "request", scan.override or "override file")
             path = os.path.join(agent.config.trigger_dir, holders.OVERRIDE_FILE)
             with contextlib.suppress(FileNotFoundError):
@@ -294,7 +305,8 @@ class Link(AgentHook):
             self.held_back_logged = False
 
     def next_check(self, agent: Agent, now: datetime) -> datetime | None:
-        return self.max_defer_due(agent)
+        due = [t for t in (self.max_defer_due(agent), self.override_settles_at) if t]
+        return min(due) if due else None
 
     # --- override ---------------------------------------------------------------------------
 
